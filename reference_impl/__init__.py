@@ -1,0 +1,1 @@
+"""Reference implementations that the knowledge base cites and runs."""

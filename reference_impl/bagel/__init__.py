@@ -1,0 +1,1 @@
+"""Minimal BAGEL (Mixture-of-Transformers unified multimodal model) in PyTorch."""
