@@ -8,7 +8,7 @@ from typing import Any
 
 CARD_KINDS = ("model", "paper")
 
-# Folder under kb/ that holds each kind of card.
+# Folder under kb/ that contains each kind of card.
 CARD_DIRS = {"model": "model_cards", "paper": "paper_cards"}
 
 

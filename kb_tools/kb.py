@@ -10,11 +10,11 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kb_tools.cards import CARD_DIRS, Card, KnowledgeBase
+from kb_tools.cards import CARD_DIRS, CARD_KINDS, Card, KnowledgeBase
 from kb_tools.diagnostics import Diagnostic, Severity
 from kb_tools.load import load_card_file
 from kb_tools.rules import CARD_SUFFIX, CardFile, check_card_locations, check_integrity
-from kb_tools.schema import check_card, load_schemas
+from kb_tools.schema import SchemaSet, check_card, load_schemas
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,15 @@ def find_card_files(root: Path) -> tuple[list[tuple[str, Path]], list[Diagnostic
                                           Severity.ERROR, "", "check the folder's permissions"))
             continue
         for name in entries:
-            if name.endswith(CARD_SUFFIX) and not name.startswith("."):
-                found.append((kind, relative_dir / name))
+            if not name.endswith(CARD_SUFFIX) or name.startswith("."):
+                continue
+            relative = relative_dir / name
+            if not (root / relative).resolve().is_relative_to(root.resolve()):
+                diagnostics.append(Diagnostic(relative, 0, 0, "path-escape",
+                                              "card file is a symbolic link to a file outside the repository, so it is not read",
+                                              Severity.ERROR, "", "copy the card into the repository in place of the link"))
+                continue
+            found.append((kind, relative))
     return found, diagnostics
 
 
@@ -83,7 +90,7 @@ def check_knowledge_base(root: Path) -> CheckResult:
     for card in cards:
         diagnostics += card.loaded.diagnostics
         if card.data is not None and schemas is not None:
-            diagnostics += check_card(schemas, card.kind, card.loaded)
+            diagnostics += _check_card_schema(schemas, card)
     diagnostics = _drop_shadowed(diagnostics, check_integrity(root, cards))
     diagnostics.sort(key=_sort_key)
 
@@ -96,6 +103,23 @@ def check_knowledge_base(root: Path) -> CheckResult:
                 target[card.card_id] = Card(card.kind, card.card_id, card.path, card.data)
     log.debug("checked %d card files under %s: %d diagnostics", len(cards), root, len(diagnostics))
     return CheckResult(knowledge_base, diagnostics, len(cards))
+
+
+def _check_card_schema(schemas: SchemaSet, card: CardFile) -> list[Diagnostic]:
+    """Validate a card against the schema of its folder, or report that it belongs in the other folder.
+
+    A card that fails its folder's schema but is valid against the other kind's schema gets one
+    ``wrong-folder`` error in place of an error for every field. Its kind is then corrected, so
+    the integrity rules resolve references to it.
+    """
+    found = check_card(schemas, card.kind, card.loaded)
+    other = next(kind for kind in CARD_KINDS if kind != card.kind)
+    if not found or not schemas.quick_checks[other](card.data):
+        return found
+    folder, other_folder = CARD_DIRS[card.kind], CARD_DIRS[other]
+    card.kind = other
+    return [Diagnostic(card.path, 0, 0, "wrong-folder", f"this is a {other} card, but it is in kb/{folder}/",
+                       Severity.ERROR, "", f"move it to kb/{other_folder}/")]
 
 
 def load_knowledge_base(root: Path) -> tuple[KnowledgeBase, list[Diagnostic]]:

@@ -2,7 +2,8 @@
 
 Cards are data, so the loader accepts only the part of YAML that data needs. It rejects tags,
 anchors and aliases, duplicate keys, several documents, tab indentation, bytes that are not
-UTF-8 and files over ``MAX_FILE_BYTES``. Every rejection is a ``Diagnostic``; the loader does
+UTF-8, files over ``MAX_FILE_BYTES`` and lists or mappings nested deeper than
+``MAX_NESTING_DEPTH``. Every rejection is a ``Diagnostic``; the loader does
 not raise for anything a card file contains.
 
 The loader reads PyYAML's event stream (from libyaml's C parser when PyYAML was built with
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,11 @@ log = logging.getLogger(__name__)
 # Cards are a few kilobytes. A file this large is a mistake, such as a data dump or a binary,
 # and parsing it would slow down every validation run.
 MAX_FILE_BYTES = 1024 * 1024
+
+# The deepest card field is four lists or mappings down (the root, architecture, components and
+# one component). jsonschema and the integrity rules recurse at every level, and a file nested a
+# few hundred levels deep would exceed Python's recursion limit, so deeper data is rejected.
+MAX_NESTING_DEPTH = 32
 
 # libyaml's parser when PyYAML was built against libyaml, else the pure-Python one.
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -96,7 +103,12 @@ def load_card_file(path: Path, display_path: Path | None = None, *, max_bytes: i
     """Read and parse one card file. Diagnostics name ``display_path`` if given, else ``path``."""
     reported_path = display_path if display_path is not None else path
     try:
-        size = path.stat().st_size
+        status = path.stat()
+        if not stat.S_ISREG(status.st_mode) and not stat.S_ISDIR(status.st_mode):
+            # Reading a named pipe or a device would block or never end. A folder fails to read below.
+            return _failed(reported_path, 0, 0, "not-a-file", "not a regular file, so it is not read",
+                           "card files must be regular files; remove it or replace it with the card's text")
+        size = status.st_size
         if size > max_bytes:
             return _failed(reported_path, 0, 0, "file-too-large",
                            f"file is {size:,} bytes, over the limit of {max_bytes:,} bytes ({_mib(max_bytes)})",
@@ -213,7 +225,8 @@ class _EventBuilder:
         self.stack: list[_Container] = []
         self.root: Any = None
         self.documents = 0
-        # Set while the value of a complex (non-scalar) key is being skipped.
+        # Nesting level inside a subtree that is being skipped: a complex (non-scalar) key, or a
+        # list or mapping deeper than MAX_NESTING_DEPTH.
         self.skip_depth = 0
 
     def build(self) -> LoadResult:
@@ -311,6 +324,14 @@ class _EventBuilder:
             self.skip_depth = 1
             parent.pending_key = ""
             return
+        if len(self.stack) >= MAX_NESTING_DEPTH:
+            self._reject(event, "nesting-too-deep",
+                         f"lists and mappings are nested more than {MAX_NESTING_DEPTH} levels deep here",
+                         "cards need only a few levels; flatten this value or remove it")
+            self.skip_depth = 1
+            if parent.is_mapping:
+                parent.pending_key = None
+            return
         pointer = self._add_value(value, event)
         self.stack.append(_Container(value, pointer))
 
@@ -362,6 +383,10 @@ class _EventBuilder:
             line, column = mark.line + 1, mark.column + 1
             parts = [getattr(error, "context", None), getattr(error, "problem", None)]
             message = "; ".join(p for p in parts if p) or str(error)
+            # An unclosed bracket or quote is found only at the end of the file, far from its start.
+            start = getattr(error, "context_mark", None)
+            if start is not None and (start.line, start.column) != (mark.line, mark.column):
+                message += f" (started at line {start.line + 1}, column {start.column + 1})"
         elif isinstance(error, yaml.reader.ReaderError):
             line, column = self._reader_position(error.position)
             code = error.character if isinstance(error.character, int) else ord(error.character)

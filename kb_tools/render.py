@@ -483,7 +483,9 @@ def _page_helpers(kb: KnowledgeBase, page: str, docs_prefix: str | None) -> dict
     def resource_link(resource: dict[str, Any]) -> SafeMarkdown:
         if "url" in resource:
             return link(resource["url"], resource["title"])
-        path = resource["path"]
+        # "docs/../README.md" is a file outside the docs folder, so the written path is
+        # normalised before the prefix is compared.
+        path = posixpath.normpath(resource["path"])
         if docs_prefix is not None and path.startswith(docs_prefix):
             return page_link(urllib.parse.quote(path[len(docs_prefix) :]), resource["title"])
         # NOTE: files outside the docs folder are not part of the site, so they get no link.
@@ -513,6 +515,9 @@ def render_pages(
     pages: dict[str, str] = {}
 
     def render(template: str, page: str, **context: Any) -> None:
+        if page in pages:
+            # The reserved-id rule keeps a card from reaching this.
+            raise ValueError(f"two pages would be written to {page}")
         helpers = _page_helpers(kb, page, docs_prefix)
         pages[page] = env.get_template(template).render(kb=kb, **helpers, **context)
 

@@ -7,6 +7,8 @@ Rules and their severities:
 - ``file-extension`` (error): a card file that does not end in ``.yaml`` (such as ``.yml``).
 - ``id-mismatch`` (error): the card's ``id`` differs from its file name without ``.yaml``.
 - ``duplicate-id`` (error): two cards, of any kind, share an id; each names the other file.
+- ``reserved-id`` (error): the id is ``index``, whose page would replace the catalogue page
+  (``models/index.md`` or ``papers/index.md``).
 - ``unknown-reference`` (error): a model's ``papers``, a paper's ``models`` or a model's
   ``alternatives[].id`` names no existing card of that kind.
 - ``self-reference`` (error): a model lists itself among its alternatives.
@@ -14,6 +16,7 @@ Rules and their severities:
   the other way round. The site shows the link on both pages either way, so nothing breaks,
   but one of the two cards is probably missing a line.
 - ``missing-file`` (error): a ``resources[].path`` names no file in the repository.
+- ``not-a-file`` (error): a ``resources[].path`` names a folder.
 - ``path-escape`` (error): a ``resources[].path`` is absolute or leads outside the repository,
   also through a symbolic link.
 - ``url-scheme`` (error): a URL field (``url``, ``repository`` or any field named ``*_url``)
@@ -44,6 +47,9 @@ YAML_SUFFIXES = frozenset({".yaml", ".yml"})
 # Fields that contain a URL, besides any field whose name ends in "_url".
 URL_FIELDS = frozenset({"url", "repository"})
 ALLOWED_URL_SCHEMES = frozenset({"http", "https"})
+# Ids whose page path is taken by a generated page: a card "index" would be rendered to
+# models/index.md or papers/index.md and replace the catalogue.
+RESERVED_IDS = frozenset({"index"})
 
 
 @dataclass
@@ -115,6 +121,10 @@ def check_ids(cards: list[CardFile]) -> list[Diagnostic]:
         card_id = data.get("id")
         if isinstance(card_id, str):
             by_id[card_id].append(card)
+            if card_id in RESERVED_IDS:
+                found.append(card.at("/id", "reserved-id",
+                                     f"id '{card_id}' is reserved because its page would replace the catalogue page",
+                                     "choose another id and rename the file to match"))
             if card_id != card.path.stem:
                 found.append(card.at("/id", "id-mismatch",
                                      f"id '{card_id}' differs from the file name '{card.path.name}'",
@@ -132,10 +142,11 @@ def check_ids(cards: list[CardFile]) -> list[Diagnostic]:
 
 def check_references(cards: list[CardFile]) -> list[Diagnostic]:
     """Check that every model and paper id a card names exists, and that links go both ways."""
-    # A card that failed to load still counts as existing under its file name, so that one
-    # broken file does not also make every reference to it an error.
-    models = {c.card_id: c for c in cards if c.kind == "model"}
-    papers = {c.card_id: c for c in cards if c.kind == "paper"}
+    # A card that failed to load still counts as existing under its file name. A card whose id
+    # differs from its file name exists under both names. One broken file is then one error,
+    # not also an error at every reference to it.
+    models = _cards_by_name(cards, "model")
+    papers = _cards_by_name(cards, "paper")
     found = []
     for card in cards:
         if card.data is None:
@@ -146,6 +157,17 @@ def check_references(cards: list[CardFile]) -> list[Diagnostic]:
         else:
             found += _check_id_list(card, "models", "model", models, papers, "papers")
     return found
+
+
+def _cards_by_name(cards: list[CardFile], kind: str) -> dict[str, CardFile]:
+    """Map the id and the file name (without ``.yaml``) of each ``kind`` card to the card."""
+    by_name = {card.path.stem: card for card in cards if card.kind == kind}
+    by_name.update({card.card_id: card for card in cards if card.kind == kind})
+    return by_name
+
+
+def _names(card: CardFile) -> set[str]:
+    return {card.card_id, card.path.stem}
 
 
 def _check_id_list(card: CardFile, field: str, target_kind: str, targets: dict[str, CardFile],
@@ -162,7 +184,7 @@ def _check_id_list(card: CardFile, field: str, target_kind: str, targets: dict[s
         if target.data is None:
             continue
         back = target.data.get(back_field)
-        if back is None or (isinstance(back, list) and card.card_id not in back):
+        if back is None or (isinstance(back, list) and not any(name in back for name in _names(card))):
             found.append(card.at(
                 pointer, "one-sided-link",
                 f"{card.kind} '{card.card_id}' lists {target_kind} '{target_id}', "
@@ -181,7 +203,7 @@ def _check_alternatives(card: CardFile, models: dict[str, CardFile], papers: dic
             continue
         target_id = entry["id"]
         pointer = f"/alternatives/{index}/id"
-        if target_id == card.card_id:
+        if target_id in _names(card):
             found.append(card.at(pointer, "self-reference", f"model '{target_id}' lists itself as an alternative",
                                  "remove the entry or name another model card"))
         elif target_id not in models:
@@ -240,6 +262,9 @@ def _check_repo_path(real_root: Path, card: CardFile, pointer: str, value: str) 
     if not target.exists():
         return card.at(pointer, "missing-file", f"file '{value}' does not exist in the repository",
                        "check the spelling, or add the file in the same change")
+    if not target.is_file():
+        return card.at(pointer, "not-a-file", f"path '{value}' is a folder, but a resource names one file",
+                       "name a file inside it, such as its index page, or give an outside page as 'url'")
     return None
 
 

@@ -15,7 +15,7 @@ from jsonschema import Draft202012Validator
 
 from kb_tools.cards import CARD_DIRS
 from kb_tools.load import escape_pointer_token
-from kb_tools.rules import CARD_SUFFIX
+from kb_tools.rules import CARD_SUFFIX, RESERVED_IDS
 from kb_tools.schema import DEFS_FILE, SCHEMA_FILES, SchemaSet
 
 COMMENT_WIDTH = 96
@@ -43,6 +43,9 @@ def check_card_id(schemas: SchemaSet, card_id: str) -> None:
     id_schema, _ = schemas.lookup("#/$defs/card_id", DEFS_FILE)
     if not Draft202012Validator(id_schema).is_valid(card_id):
         raise ScaffoldError(f"invalid card id '{card_id}'", f"{id_schema['title']}: {id_schema['description']}")
+    if card_id in RESERVED_IDS:
+        raise ScaffoldError(f"card id '{card_id}' is reserved because its page would replace the catalogue page",
+                            "choose another id")
 
 
 def scaffold_card(schemas: SchemaSet, kind: str, card_id: str) -> Scaffold:

@@ -314,7 +314,13 @@ def _describe(error: ValidationError, schemas: SchemaSet, root_file: str) -> tup
             if allowed:
                 field_hint += " Allowed values: " + ", ".join(str(v) for v in allowed) + "."
             return f"{label} is empty but must be {expected_words}", field_hint
-        message = f"{label} must be {expected_words}, found {_type_word(value)} {quoted_value}"
+        message = f"{label} must be {expected_words}, found {_type_word(value)}"
+        if quoted_value:
+            message += f" {quoted_value}"
+        allowed = error.schema.get("enum")
+        if allowed:
+            # Quoting the value would only turn this error into "not an allowed value".
+            return message, "allowed values: " + ", ".join(str(v) for v in allowed)
         if expected == "string" and isinstance(value, (bool, int, float)):
             return message, "put the value in quotes so that it stays text, such as \"" + _quote(value) + "\""
         return message, field_hint

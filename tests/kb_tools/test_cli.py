@@ -205,6 +205,18 @@ def test_resource_symlink_leaving_repository(valid_repo: Path, tmp_path: Path):
     assert "cortex-vit" in result.knowledge_base.models
 
 
+def test_card_symlink_leaving_repository(valid_repo: Path, tmp_path: Path):
+    outside = tmp_path / "outside.yaml"
+    outside.write_text("id: outside\n")
+    (valid_repo / "kb" / "model_cards" / "outside.yaml").symlink_to(outside)
+
+    result = check_knowledge_base(valid_repo)
+
+    assert [(d.path.as_posix(), d.line, d.rule) for d in result.diagnostics] == [
+        ("kb/model_cards/outside.yaml", 0, "path-escape"),
+    ]
+
+
 # --- kb new -------------------------------------------------------------------------------
 
 
@@ -261,6 +273,14 @@ def test_new_rejects_invalid_id(card_id: str, empty_repo: Path):
 
     assert result.returncode == 2, describe(result)
     assert result.stderr.startswith(f"kb: error: invalid card id '{card_id}'\n")
+    assert list((empty_repo / "kb" / "model_cards").iterdir()) == []
+
+
+def test_new_rejects_reserved_id(empty_repo: Path):
+    result = run_kb("new", "model", "index", "--root", str(empty_repo))
+
+    assert result.returncode == 2, describe(result)
+    assert "card id 'index' is reserved" in result.stderr
     assert list((empty_repo / "kb" / "model_cards").iterdir()) == []
 
 

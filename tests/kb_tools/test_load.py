@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from kb_tools import load
-from kb_tools.load import MAX_FILE_BYTES, load_card_file, load_yaml_bytes
+from kb_tools.load import MAX_FILE_BYTES, MAX_NESTING_DEPTH, load_card_file, load_yaml_bytes
 
 PATH = Path("kb/model_cards/x.yaml")
 
@@ -157,6 +158,46 @@ def test_rejections(text: str, expected: list[tuple[str, int, int]]):
     assert all(d.hint for d in result.diagnostics)
 
 
+def test_nesting_at_limit_loads():
+    # The root mapping is level 1, so the flow list adds MAX_NESTING_DEPTH - 1 more levels.
+    depth = MAX_NESTING_DEPTH - 1
+    result = _load("a: " + "[" * depth + "]" * depth + "\n")
+
+    assert result.diagnostics == []
+
+
+@pytest.mark.parametrize("text", [
+    "a: " + "[" * 999 + "]" * 999 + "\n",
+    "a: " + "{b: " * 900 + "1" + "}" * 900 + "\n",
+    "".join("  " * level + f"k{level}:\n" for level in range(100)) + "  " * 100 + "x\n",
+])
+def test_deep_nesting_reported_once(text: str):
+    result = _load(text)
+
+    assert [d.rule for d in result.diagnostics] == ["nesting-too-deep"]
+    assert result.data is None
+
+
+def test_deep_nesting_position_and_later_keys():
+    depth = MAX_NESTING_DEPTH
+    text = "a: " + "[" * depth + "]" * depth + "\nb: 1\nb: 2\n"
+
+    result = _load(text)
+
+    assert [(d.rule, d.line, d.column) for d in result.diagnostics] == [
+        ("nesting-too-deep", 1, 3 + depth),
+        ("duplicate-key", 3, 1),
+    ]
+
+
+def test_unclosed_bracket_names_its_start():
+    [diagnostic] = _load("id: x\nname: [unclosed\nsummary: text\n").diagnostics
+
+    # libyaml stops at the ':' of the next line, inside the still open list.
+    assert (diagnostic.rule, diagnostic.line, diagnostic.column) == ("yaml-syntax", 3, 8)
+    assert diagnostic.message.endswith("(started at line 2, column 7)")
+
+
 def test_duplicate_key_names_both_lines():
     [diagnostic] = _load("id: a\nname: x\nname: y\n").diagnostics
 
@@ -200,6 +241,17 @@ def test_missing_file_is_a_diagnostic(tmp_path: Path):
     [diagnostic] = load_card_file(tmp_path / "absent.yaml").diagnostics
 
     assert diagnostic.rule == "not-readable"
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes need a POSIX system")
+def test_named_pipe_is_not_read(tmp_path: Path):
+    # Reading a named pipe would block until a writer opens it, so validation would hang.
+    path = tmp_path / "pipe.yaml"
+    os.mkfifo(path)
+
+    [diagnostic] = load_card_file(path).diagnostics
+
+    assert (diagnostic.rule, diagnostic.line, diagnostic.column) == ("not-a-file", 0, 0)
 
 
 def test_pure_python_parser_gives_same_result(monkeypatch):

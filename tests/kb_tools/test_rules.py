@@ -61,3 +61,16 @@ def test_broken_card_does_not_cascade(valid_repo: Path):
         ("kb/model_cards/cortex-vit.yaml", "yaml-syntax"),
     ]
     assert sorted(result.knowledge_base.models) == ["helix-lm"]
+
+
+def test_id_typo_is_one_error(valid_repo: Path):
+    card = valid_repo / "kb" / "model_cards" / "cortex-vit.yaml"
+    card.write_text(card.read_text(encoding="utf-8").replace("id: cortex-vit\n", "id: cortex-vti\n", 1),
+                    encoding="utf-8")
+
+    result = check_knowledge_base(valid_repo)
+
+    # The other cards still name the file 'cortex-vit', so their references resolve.
+    assert [(d.path.as_posix(), d.rule) for d in result.diagnostics] == [
+        ("kb/model_cards/cortex-vit.yaml", "id-mismatch"),
+    ]

@@ -246,3 +246,16 @@ def test_nested_error_inside_one_of_branch_position():
 
     assert (diagnostic.rule, diagnostic.line, diagnostic.column) == ("schema.pattern", 16, 12)
     assert diagnostic.hint == "Text: Non-empty text without leading or trailing whitespace."
+
+
+def test_type_error_on_list_has_no_trailing_space():
+    [diagnostic] = _check_model(MODEL.replace("name: Demo Model", "name: [a, b]"))
+
+    assert diagnostic.message == "'name' must be text, found a list"
+
+
+def test_number_in_enum_field_lists_values():
+    [diagnostic] = _check_model(MODEL.replace("  status: unverified", "  status: 3"))
+
+    assert diagnostic.message == "'verification/status' must be text, found whole number 3"
+    assert diagnostic.hint == "allowed values: unverified, partially_verified, verified"

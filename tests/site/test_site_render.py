@@ -4,7 +4,7 @@ The golden files under ``tests/site/golden/`` are the pages rendered from the fi
 compared byte for byte. After an intended change to a template or a fixture card, regenerate
 them and review the diff::
 
-    KB_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/site/test_render.py
+    KB_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/site/test_site_render.py
 
 The field reference golden page is built from the repository's schemas, so a schema change
 also needs a regenerated golden file.
@@ -193,6 +193,12 @@ def test_alternative_links_to_model_page(pages: dict[str, str]) -> None:
     assert "- [Cortex Min](cortex-min.md): When the input is brain imaging rather than DNA" in pages["models/helix-full.md"]
 
 
+def test_page_path_collision_raises() -> None:
+    # Validation rejects the id 'index'; the renderer must still never overwrite the catalogue.
+    with pytest.raises(ValueError, match="two pages would be written to models/index.md"):
+        render_pages(knowledge_base(minimal_model("index")))
+
+
 def test_unknown_alternative_is_plain_text() -> None:
     kb = knowledge_base(minimal_model("encoder", alternatives=[{"id": "missing-model", "when": "Never"}]))
     page = render_pages(kb)["models/encoder.md"]
@@ -201,6 +207,17 @@ def test_unknown_alternative_is_plain_text() -> None:
 
 def test_resource_in_docs_links_to_page(pages: dict[str, str]) -> None:
     assert "- [How to contribute](../contributing.md)" in pages["models/helix-full.md"]
+
+
+@pytest.mark.parametrize(("path", "expected"), [
+    # Outside the docs folder once normalised, so no link that would leave the site.
+    ("docs/../README.md", "- Readme (README.md)"),
+    ("docs/./guide.md", "- [Readme](../guide.md)"),
+])
+def test_resource_path_is_normalised(path: str, expected: str) -> None:
+    resource = {"title": "Readme", "path": path}
+    page = render_pages(knowledge_base(minimal_model("encoder", resources=[resource])))["models/encoder.md"]
+    assert expected in page
 
 
 def test_resource_outside_docs_is_plain_text() -> None:
