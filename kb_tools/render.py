@@ -235,6 +235,28 @@ def format_parameter_counts(counts: list[dict[str, Any]]) -> str:
     return "; ".join(format_parameter_count(count) for count in counts)
 
 
+SIZE_UNITS = {"K": 1e3, "M": 1e6, "B": 1e9, "T": 1e12}
+
+
+def size_value(size: str) -> float:
+    """Return a parameter count such as '1.5B' as a number, for sorting."""
+    return float(size[:-1]) * SIZE_UNITS[size[-1]]
+
+
+def format_parameter_sizes(counts: list[dict[str, Any]]) -> str:
+    """Return the distinct released sizes, smallest first, for a catalogue cell: '1B, 7B, 40B'.
+
+    A size whose variants state an active count shows it, as in '14B (7B active)'.
+    """
+    sizes: dict[str, str] = {}
+    for count in counts:
+        label = count["total"]
+        if "active" in count:
+            label += f" ({count['active']} active)"
+        sizes.setdefault(label, count["total"])
+    return ", ".join(sorted(sizes, key=lambda label: (size_value(sizes[label]), label)))
+
+
 def format_context_length(context: dict[str, Any]) -> str:
     """Return a context length as text, with thousands separators: '131,072 base pairs'."""
     return f"{context['value']:,} {context['unit']}"
@@ -453,6 +475,7 @@ def make_environment() -> jinja2.Environment:
         SOURCE_KIND_TITLES=SOURCE_KIND_TITLES,
         card_title=card_title,
         format_parameter_counts=format_parameter_counts,
+        format_parameter_sizes=format_parameter_sizes,
         format_context_length=format_context_length,
         format_licences=format_licences,
         short_authors=short_authors,

@@ -23,6 +23,7 @@ from kb_tools.kb import load_knowledge_base
 from kb_tools.render import (
     escape_paragraphs,
     escape_text,
+    format_parameter_sizes,
     link,
     preformatted,
     render_pages,
@@ -145,11 +146,27 @@ def test_model_catalogue_row_has_key_facts(pages: dict[str, str]) -> None:
         "[Helix Full](helix-full.md)",
         "DNA language model",
         "DNA sequence",
-        "helix-small: 8M total; helix-large: 1.5B total, 400M active",
+        "8M, 1.5B (400M active)",
         "131,072 base pairs",
         "code Apache-2.0, weights CC-BY-4.0",
         "Partially verified",
     ]
+
+
+def test_parameter_sizes_sorted_by_value() -> None:
+    counts = [
+        {"variant": "large", "total": "40B"},
+        {"variant": "large-base", "total": "40B"},
+        {"variant": "tiny", "total": "900M"},
+        {"variant": "mid", "total": "7B"},
+        {"variant": "small", "total": "1.5B"},
+    ]
+    assert format_parameter_sizes(counts) == "900M, 1.5B, 7B, 40B"
+
+
+def test_parameter_sizes_show_active_count() -> None:
+    counts = [{"variant": "moe", "total": "14B", "active": "7B"}, {"variant": "dense", "total": "14B"}]
+    assert format_parameter_sizes(counts) == "14B, 14B (7B active)"
 
 
 def test_papers_grouped_by_year_newest_first(pages: dict[str, str]) -> None:
