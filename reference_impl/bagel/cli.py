@@ -73,12 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train on synthetic shapes and write checkpoint, metrics and figures")
     train.add_argument("--preset", default="tiny", help="model configuration; only 'tiny' trains on a CPU (default: tiny)")
     train.add_argument("--out", required=True, type=Path, help="output directory (created if missing)")
-    train.add_argument("--steps", type=_positive_int, default=None, help="optimiser steps (default: 500, about 2.5 minutes on one core)")
+    train.add_argument("--steps", type=_positive_int, default=None, help="optimiser steps (default: 500)")
     train.add_argument("--lr", type=float, default=None, help="peak learning rate after warm-up (default: 1e-3)")
     train.add_argument("--warmup-steps", type=int, default=None, help="steps of linear learning-rate warm-up (default: 50)")
     train.add_argument("--ema-decay", type=float, default=None, help="EMA decay d per step (default: 0.99)")
-    train.add_argument("--t2i", type=int, default=None, help="text-to-image samples per global batch (default: 8)")
-    train.add_argument("--vlm", type=int, default=None, help="captioning samples per global batch (default: 8)")
+    train.add_argument("--t2i", type=int, default=None, help="text-to-image samples per global batch (default: 4)")
+    train.add_argument("--vlm", type=int, default=None, help="captioning samples per global batch (default: 24)")
     train.add_argument("--edit", type=int, default=None, help="edit samples per global batch (default: 0)")
     train.add_argument("--vae", choices=("conv", "pixel_unshuffle"), default=None, help="autoencoder (default: conv, trained first)")
     train.add_argument("--vae-steps", type=_positive_int, default=None, help="autoencoder training steps (default: 300)")
@@ -267,7 +267,7 @@ def _train_config(args):
     mix = {name: getattr(args, name) for name in ("t2i", "vlm", "edit") if getattr(args, name) is not None}
     try:
         if mix:
-            options["mix"] = TaskMix(**{**vars(TaskMix()), **mix})
+            options["mix"] = TaskMix(**{**vars(TrainConfig().mix), **mix})
         return TrainConfig(preset=args.preset, progress=not args.quiet, **options)
     except ValueError as error:
         raise UsageError(str(error)) from None

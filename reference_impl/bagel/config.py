@@ -40,6 +40,8 @@ class LLMConfig:
     # RMSNorm over head_dim on q and k, which BAGEL adds to Qwen2.5.
     qk_norm: bool = True
     max_position_embeddings: int = 32768
+    # Standard deviation of normal-initialised weights of modules created from scratch.
+    initializer_range: float = 0.02
     # "mot" duplicates every layer parameter per expert. "dense" keeps one shared copy.
     layer_type: str = "mot"
     # Expert 0 is the understanding expert that the others are copied from at init.
@@ -52,7 +54,7 @@ class LLMConfig:
         _require_positive(
             self, "hidden_size", "intermediate_size", "num_hidden_layers",
             "num_attention_heads", "num_key_value_heads", "vocab_size",
-            "rope_theta", "rms_norm_eps", "max_position_embeddings",
+            "rope_theta", "rms_norm_eps", "max_position_embeddings", "initializer_range",
         )
         self.experts = tuple(self.experts)
         if self.head_dim is None:
@@ -120,10 +122,12 @@ class ViTConfig:
     # -2 drops the last layer (BAGEL's vit_select_layer) while keeping the post-LayerNorm.
     select_layer: int = -2
     layer_norm_eps: float = 1e-6
+    # Standard deviation of normal-initialised weights when the encoder is trained from scratch.
+    initializer_range: float = 0.02
 
     def __post_init__(self) -> None:
         _require_positive(
-            self, "patch_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+            self, "initializer_range", "patch_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
             "intermediate_size", "max_patches_per_side", "layer_norm_eps",
         )
         if self.hidden_size % self.num_attention_heads != 0:
@@ -200,9 +204,13 @@ class BagelConfig:
 
 def _tiny() -> BagelConfig:
     # 32 x 32 images: 4 x 4 ViT patches of 8 px, 4 x 4 latent tokens with f = 4 and p = 2.
+    # A linear layer with fan-in n and weights of std s gives outputs of RMS about s * sqrt(n)
+    # per unit of input RMS. BAGEL's 0.02 gives 0.02 * sqrt(3584) = 1.2 at H = 3584, but only
+    # 0.23 at H = 128, so the connector's output would be about 35x smaller than the unit-scale
+    # sin-cos table added to it. 0.1 restores outputs of order 1 at fan-ins 64 to 256.
     return BagelConfig(
-        llm=LLMConfig(),
-        vit=ViTConfig(),
+        llm=LLMConfig(initializer_range=0.1),
+        vit=ViTConfig(initializer_range=0.1),
         latent_channels=4,
         vae_downsample=4,
         latent_patch_size=2,

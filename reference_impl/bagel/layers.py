@@ -6,17 +6,18 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+# Qwen2's and BAGEL's initializer_range for weights created from scratch.
 INIT_STD = 0.02
 
 
-def init_weights(module: nn.Module) -> None:
-    """Initialise a module created from scratch: normal(0, 0.02) weights, zero biases."""
+def init_weights(module: nn.Module, std: float = INIT_STD) -> None:
+    """Initialise a module created from scratch: normal(0, std) weights, zero biases."""
     if isinstance(module, nn.Linear):
-        nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
+        nn.init.normal_(module.weight, mean=0.0, std=std)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
     elif isinstance(module, nn.Embedding):
-        nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
+        nn.init.normal_(module.weight, mean=0.0, std=std)
 
 
 class RMSNorm(nn.Module):

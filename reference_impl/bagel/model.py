@@ -11,6 +11,7 @@ Training forward on a PackedBatch (BAGEL, arXiv 2505.14683):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
@@ -59,7 +60,10 @@ class Bagel(nn.Module):
         self.time_embedder = TimestepEmbedder(hidden)
         self.latent_pos_embed = PositionTable2D(hidden, config.max_latent_size)
 
-        self.apply(init_weights)
+        # The decoder, embeddings, connector and generation heads use the decoder's range,
+        # the vision encoder its own.
+        self.apply(partial(init_weights, std=llm.initializer_range))
+        self.vit.apply(partial(init_weights, std=config.vit.initializer_range))
         # Zero-initialised velocity head: the first prediction is 0 (BAGEL's llm2vae init).
         nn.init.zeros_(self.llm2vae.weight)
         nn.init.zeros_(self.llm2vae.bias)

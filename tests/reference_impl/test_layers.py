@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from reference_impl.bagel.config import BagelConfig, LLMConfig
+from reference_impl.bagel.config import BagelConfig, LLMConfig, ViTConfig
 from reference_impl.bagel.layers import (
     MLP,
     RMSNorm,
@@ -183,3 +183,18 @@ def test_init_weights_and_zero_llm2vae():
     assert torch.count_nonzero(model.llm2vae.bias) == 0
     assert torch.equal(model.language_model.layers[0].experts[0].input_layernorm.weight, torch.ones(256))
 
+
+
+def test_init_weights_use_initializer_ranges():
+    torch.manual_seed(0)
+    config = BagelConfig(
+        llm=LLMConfig(hidden_size=256, intermediate_size=512, initializer_range=0.1),
+        vit=ViTConfig(initializer_range=0.05),
+    )
+    model = Bagel(config)
+    q_proj = model.language_model.layers[0].experts[0].self_attn.q_proj
+    assert abs(q_proj.weight.std().item() - 0.1) < 0.01
+    assert abs(model.connector.fc1.weight.std().item() - 0.1) < 0.01
+    assert abs(model.vit.patch_embedding.weight.std().item() - 0.05) < 0.005
+    assert torch.count_nonzero(model.vit.patch_embedding.bias) == 0
+    assert torch.count_nonzero(model.llm2vae.weight) == 0
