@@ -185,6 +185,16 @@ def test_share_parameter_use_detection():
 
     sampler = ShapesTaskSampler(PixelUnshuffleVAE(), TaskMix(t2i=8, vlm=8))
     assert every_share_uses_all_parameters(sampler.task_order(), 2)
-    # With 4 t2i and 12 vlm samples the second half contains captioning samples only.
-    sampler = ShapesTaskSampler(PixelUnshuffleVAE(), TaskMix(t2i=4, vlm=12))
+    # Tasks are spread evenly, so each half of a 4 + 24 batch has 2 t2i samples.
+    sampler = ShapesTaskSampler(PixelUnshuffleVAE(), TaskMix(t2i=4, vlm=24))
+    assert every_share_uses_all_parameters(sampler.task_order(), 2)
+    # A single t2i sample can only reach one of two ranks.
+    sampler = ShapesTaskSampler(PixelUnshuffleVAE(), TaskMix(t2i=1, vlm=8))
     assert not every_share_uses_all_parameters(sampler.task_order(), 2)
+
+
+def test_task_order_spreads_tasks_evenly():
+    sampler = ShapesTaskSampler(PixelUnshuffleVAE(), TaskMix(t2i=2, vlm=6))
+    assert sampler.task_order() == ["vlm", "t2i", "vlm", "vlm", "vlm", "t2i", "vlm", "vlm"]
+    sampler = ShapesTaskSampler(PixelUnshuffleVAE(), TaskMix(t2i=2, vlm=2))
+    assert sampler.task_order() == ["t2i", "vlm", "t2i", "vlm"]
