@@ -62,7 +62,7 @@ Position = tuple[int, int]
 
 @dataclass
 class LoadResult:
-    """What loading one file produced.
+    """Result of loading one file.
 
     ``data`` is the root mapping, or None when the file has any load error. ``positions`` maps
     the JSON pointer of every value to its 1-based (line, column). ``key_positions`` does the

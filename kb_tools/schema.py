@@ -44,7 +44,7 @@ ALL_SCHEMA_FILES = (DEFS_FILE, *SCHEMA_FILES.values())
 # The package that gives jsonschema a checker for each format, for the hint when one is missing.
 FORMAT_PACKAGES = {"uri": "rfc3987", "uri-reference": "rfc3987", "date-time": "rfc3339-validator"}
 
-# Words for JSON types in messages, as the author of a YAML card knows them.
+# Words for JSON types in messages, in the terms a YAML card's author uses.
 TYPE_WORDS = {
     "string": "text",
     "integer": "a whole number",

@@ -284,7 +284,7 @@ class ShapesTaskSampler:
         """Return the task of each sample of a batch, each task spread evenly over the batch.
 
         Data-parallel ranks take contiguous shares of the batch, so an even spread gives every
-        rank about its proportion of each task: with 4 t2i and 24 vlm samples on 2 ranks, each
+        rank about its proportion of each task. With 4 t2i and 24 vlm samples on 2 ranks, each
         rank trains on 2 t2i samples and so uses the generation path.
         """
         counts = {"t2i": self.mix.t2i, "vlm": self.mix.vlm, "edit": self.mix.edit}

@@ -291,7 +291,7 @@ def prepare_autoencoder(config: TrainConfig, model_config: BagelConfig, ctx: Dis
 
 
 def every_share_uses_all_parameters(task_order: list[str], world_size: int) -> bool:
-    """Whether every rank's share has a captioning sample (ViT, LM head) and a generation sample.
+    """Check that every rank's share has a captioning sample (ViT, LM head) and a generation sample.
 
     Otherwise some parameters get no gradient on some rank, and DDP must search for them each step.
     """
