@@ -82,8 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--edit", type=int, default=None, help="edit samples per global batch (default: 0)")
     train.add_argument("--vae", choices=("conv", "pixel_unshuffle"), default=None, help="autoencoder (default: conv, trained first)")
     train.add_argument("--vae-steps", type=_positive_int, default=None, help="autoencoder training steps (default: 300)")
+    train.add_argument("--vit-pretrain-steps", type=int, default=None, help="steps of SigLIP-style ViT pretraining before training; 0 trains the ViT from scratch (default: 600)")
     train.add_argument("--seed", type=int, default=None, help="seed of model init, data and noise (default: 0)")
-    train.add_argument("--threads", type=_positive_int, default=None, help="intra-op threads per process (default: 1; use torchrun for more cores)")
+    train.add_argument("--threads", type=_positive_int, default=None, help="intra-op threads per process (default: the available cores, at most 2, divided among torchrun ranks)")
     train.add_argument("--eval-images-per-class", type=int, default=4, help="generated images per class in the evaluation; 0 skips it (default: 4)")
     train.add_argument("--eval-captions", type=int, default=100, help="held-out images to caption in the evaluation; 0 skips it (default: 100)")
     train.add_argument("--eval-steps", type=_positive_int, default=20, help="Euler grid points of the evaluation sampler (default: 20)")
@@ -262,12 +263,15 @@ TRAIN_OPTIONS = {
 def _train_config(args):
     from .data import TaskMix
     from .train import TrainConfig
+    from .vit_pretrain import PretrainConfig
 
     options = {field: getattr(args, name) for name, field in TRAIN_OPTIONS.items() if getattr(args, name) is not None}
     mix = {name: getattr(args, name) for name in ("t2i", "vlm", "edit") if getattr(args, name) is not None}
     try:
         if mix:
             options["mix"] = TaskMix(**{**vars(TrainConfig().mix), **mix})
+        if args.vit_pretrain_steps is not None:
+            options["vit_pretrain"] = PretrainConfig(steps=args.vit_pretrain_steps)
         return TrainConfig(preset=args.preset, progress=not args.quiet, **options)
     except ValueError as error:
         raise UsageError(str(error)) from None
@@ -289,6 +293,7 @@ def cmd_train(args) -> int:
         raise UsageError(f"--out {args.out} exists and is not a directory")
     config = _train_config(args)
 
+    started = time.perf_counter()
     result = train(config)
     if dist.is_initialized():
         rank = dist.get_rank()
@@ -308,9 +313,17 @@ def cmd_train(args) -> int:
         "mean_tokens_per_s": sum(h["tokens"] for h in result.history) / result.seconds,
         "autoencoder_final_mse": result.vae_losses[-1] if result.vae_losses else None,
     }
+    pretrain_losses = result.vit_pretrain.losses if result.vit_pretrain else []
+    if result.vit_pretrain:
+        summary.update(
+            vit_pretrain_steps=config.vit_pretrain.steps,
+            vit_pretrain_seconds=round(result.vit_pretrain_seconds, 1),
+            vit_pretrain_final_loss=pretrain_losses[-1],
+            vit_zero_shot_accuracy=result.vit_pretrain.zero_shot_accuracy,
+        )
     save_checkpoint(out, result.model, result.vae, result.ema, metadata={"train_config": _jsonable(config), **summary})
     (out / "history.json").write_text(json.dumps(result.history) + "\n")
-    save_loss_curves(result.history, out / "loss_curves.png")
+    save_loss_curves(result.history, out / "loss_curves.png", pretrain_losses)
 
     metrics = {"train": summary, "weights": "ema"}
     if args.eval_captions or args.eval_images_per_class:
@@ -325,6 +338,8 @@ def cmd_train(args) -> int:
             if generated:
                 title = f"{name}: s_T={settings.cfg_text_scale if name == 'cfg' else 1.0:g}, {settings.steps} steps, shift {settings.shift:g}"
                 save_sample_grid(generated, out / f"samples_{name}.png", args.eval_images_per_class, title)
+    # Autoencoder and ViT pretraining, training, evaluation and writing the outputs.
+    metrics["wall_seconds"] = round(time.perf_counter() - started, 1)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     _print_summary(metrics, out)
     return EXIT_OK
@@ -338,6 +353,9 @@ def _jsonable(config) -> dict:
 
 def _print_summary(metrics: dict, out: Path) -> None:
     train = metrics["train"]
+    if "vit_pretrain_steps" in train:
+        print(f"pretrained the ViT for {train['vit_pretrain_steps']} steps in {train['vit_pretrain_seconds']:.0f} s; "
+              f"zero-shot accuracy (held-out) {train['vit_zero_shot_accuracy']:.1%}")
     print(f"trained {train['steps']} steps in {train['train_seconds']:.0f} s, {train['mean_tokens_per_s']:.0f} tokens/s; "
           f"final CE {train['final_ce']:.4f}, MSE {train['final_mse']:.4f}")
     if "caption_exact_match" in metrics:
@@ -347,7 +365,7 @@ def _print_summary(metrics: dict, out: Path) -> None:
             g = metrics[name]
             print(f"{name}: colour {g['color_accuracy']:.1%}, shape {g['shape_accuracy']:.1%}, "
                   f"both {g['class_accuracy']:.1%}, self-caption {g['self_caption_exact_match']:.1%}")
-    print(f"wrote checkpoint, metrics.json and figures to {out}")
+    print(f"wrote checkpoint, metrics.json and figures to {out} ({metrics['wall_seconds']:.0f} s in all)")
 
 
 COMMANDS = {"train": cmd_train, "caption": cmd_caption, "generate": cmd_generate, "edit": cmd_edit, "info": cmd_info}

@@ -16,13 +16,34 @@ import torch
 from tqdm import tqdm
 
 from .data import CLASSES, IMAGE_SIZES, caption_for, heldout_specs
-from .inference import caption, generate_image
+from .inference import captions, generate_images
 from .metrics import caption_exact_match, classify_image, generation_accuracy
 from .model import Bagel
 from .tokenizer import ByteTokenizer
 from .vae import LatentAutoencoder
 
 logger = logging.getLogger(__name__)
+
+# Images or prompts per batched inference call. Batching saves the per-call overhead of the
+# tiny model, and the mask of one decoding step grows with the square of the batch.
+EVAL_BATCH_SIZE = 16
+
+
+def _chunks(items: list, size: int = EVAL_BATCH_SIZE) -> list[list]:
+    return [items[start : start + size] for start in range(0, len(items), size)]
+
+
+def caption_images(model: Bagel, tokenizer: ByteTokenizer, images: list[torch.Tensor], progress: bool = False) -> list[str]:
+    """Greedy captions of ``images`` [3, H, W], in batches of equal image size."""
+    by_size: dict[tuple[int, ...], list[int]] = {}
+    for index, image in enumerate(images):
+        by_size.setdefault(tuple(image.shape), []).append(index)
+    predictions = [""] * len(images)
+    batches = [batch for indexes in by_size.values() for batch in _chunks(indexes)]
+    for batch in tqdm(batches, desc="captions", disable=not progress):
+        for index, text in zip(batch, captions(model, tokenizer, [images[i] for i in batch], max_new_tokens=24), strict=True):
+            predictions[index] = text
+    return predictions
 
 
 @dataclass
@@ -44,10 +65,7 @@ def caption_accuracy(
 ) -> tuple[float, list[tuple[str, str]]]:
     """Greedy-caption ``num_images`` held-out images; return accuracy and (reference, prediction) pairs."""
     specs = heldout_specs(num_images, seed)
-    predictions = [
-        caption(model, tokenizer, spec.render(), max_new_tokens=24)
-        for spec in tqdm(specs, desc="captions", disable=not progress)
-    ]
+    predictions = caption_images(model, tokenizer, [spec.render() for spec in specs], progress)
     references = [spec.caption for spec in specs]
     return caption_exact_match(predictions, references), list(zip(references, predictions))
 
@@ -66,13 +84,13 @@ def generate_class_images(
     """Sample ``per_class`` images for every class prompt; return decoded images [3, H, W] and their classes."""
     generator = torch.Generator().manual_seed(seed)
     latent_hw = (image_size[0] // vae.downsample, image_size[1] // vae.downsample)
-    images, expected = [], []
-    jobs = [(c, s) for c, s in CLASSES for _ in range(per_class)]
-    for color, shape in tqdm(jobs, desc=f"generate (cfg {settings.cfg_text_scale:g})", disable=not progress):
-        latent = generate_image(
+    images = []
+    expected = [(c, s) for c, s in CLASSES for _ in range(per_class)]
+    for batch in tqdm(_chunks(expected), desc=f"generate (cfg {settings.cfg_text_scale:g})", disable=not progress):
+        latents = generate_images(
             model,
             tokenizer,
-            caption_for(color, shape),
+            [caption_for(color, shape) for color, shape in batch],
             latent_hw,
             steps=settings.steps,
             shift=settings.shift,
@@ -83,8 +101,7 @@ def generate_class_images(
             cfg_renorm_min=settings.cfg_renorm_min,
             generator=generator,
         )
-        images.append(vae.decode(latent[None].float())[0].clamp(-1, 1))
-        expected.append((color, shape))
+        images.extend(vae.decode(latents.float()).clamp(-1, 1))
     return images, expected
 
 
@@ -112,8 +129,8 @@ def evaluate(
         generated, expected = generate_class_images(model, vae, tokenizer, run_settings, per_class, progress=progress)
         scores = generation_accuracy(generated, expected)
         # The model's own captioner as a second judge of the generated images.
-        captions = [caption(model, tokenizer, image, max_new_tokens=24) for image in generated]
-        scores["self_caption_exact_match"] = caption_exact_match(captions, [caption_for(c, s) for c, s in expected])
+        self_captions = caption_images(model, tokenizer, generated)
+        scores["self_caption_exact_match"] = caption_exact_match(self_captions, [caption_for(c, s) for c, s in expected])
         metrics[f"generation_{name}"] = scores
         images[name] = generated
         logger.info("generation %s: %s", name, ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
@@ -148,21 +165,26 @@ def save_sample_grid(images: list[torch.Tensor], path: str | Path, per_class: in
     plt.close(fig)
 
 
-def save_loss_curves(history: list[dict[str, float]], path: str | Path) -> None:
-    """Save a PNG with the CE and MSE training curves against the step."""
+def save_loss_curves(history: list[dict[str, float]], path: str | Path, pretrain_losses: list[float] = ()) -> None:
+    """Save a PNG with the CE and MSE training curves, and the ViT pretraining loss if given, against the step."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    steps = [h["step"] for h in history]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-    for ax, key, label in ((axes[0], "ce", "caption CE (nats/token)"), (axes[1], "mse", "velocity MSE")):
-        ax.plot(steps, [h[key] for h in history], linewidth=0.6, alpha=0.5, label="per step")
+    curves = [
+        ("caption CE (nats/token)", [h["ce"] for h in history]),
+        ("velocity MSE", [h["mse"] for h in history]),
+    ]
+    if pretrain_losses:
+        curves.insert(0, ("ViT pretraining sigmoid loss", list(pretrain_losses)))
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.5 * len(curves), 3.2), squeeze=False)
+    for ax, (label, values) in zip(axes[0], curves, strict=True):
+        steps = list(range(1, len(values) + 1))
+        ax.plot(steps, values, linewidth=0.6, alpha=0.5, label="per step")
         window = max(1, len(steps) // 50)
-        smoothed = torch.tensor([h[key] for h in history]).unfold(0, window, 1).mean(dim=1) if len(steps) >= window else None
-        if smoothed is not None:
-            ax.plot(steps[window - 1 :], smoothed.tolist(), linewidth=1.2, label=f"mean of {window}")
+        smoothed = torch.tensor(values).unfold(0, window, 1).mean(dim=1)
+        ax.plot(steps[window - 1 :], smoothed.tolist(), linewidth=1.2, label=f"mean of {window}")
         ax.set_xlabel("step")
         ax.set_ylabel(label)
         ax.set_yscale("log")

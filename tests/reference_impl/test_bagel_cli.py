@@ -66,6 +66,7 @@ def test_unknown_option_exits_2(capsys):
     [
         (["info", "--preset", "huge"], "unknown preset 'huge'"),
         (["train", "--preset", "bagel-7b-mot", "--out", "unused"], "too large to train"),
+        (["train", "--out", "unused", "--vit-pretrain-steps", "-1"], "ViT pretraining steps must be >= 0, got -1"),
     ],
 )
 def test_bad_values_exit_2(capsys, argv, message):
@@ -120,3 +121,28 @@ def test_info_counts_match_bagel_card(capsys):
     assert low <= counts["llm_active"] < high
     low, high = _card_range(entries[0]["total"])
     assert low <= counts["llm_total"] < high
+
+
+def test_train_writes_outputs(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = [
+        "-q", "train", "--out", str(out), "--steps", "3", "--vit-pretrain-steps", "4", "--vae", "pixel_unshuffle",
+        "--t2i", "2", "--vlm", "2", "--eval-captions", "4", "--eval-images-per-class", "1", "--eval-steps", "2",
+    ]
+    assert main(argv) == 0
+    for name in ("metrics.json", "history.json", "loss_curves.png", "samples_cfg.png", "samples_no_cfg.png"):
+        assert (out / name).is_file(), name
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["train"]["steps"] == 3
+    assert metrics["train"]["vit_pretrain_steps"] == 4
+    assert 0.0 <= metrics["train"]["vit_zero_shot_accuracy"] <= 1.0
+    assert 0.0 <= metrics["caption_exact_match"] <= 1.0
+    assert set(metrics["generation_cfg"]) >= {"color_accuracy", "shape_accuracy", "self_caption_exact_match"}
+    assert metrics["wall_seconds"] > 0
+    assert len(json.loads((out / "history.json").read_text())) == 3
+    assert "pretrained the ViT for 4 steps" in capsys.readouterr().out
+
+    # The checkpoint it wrote captions an image.
+    image = _save_png(tmp_path / "square.png", ShapeSpec("square", "red", 32, 32, 12, 4, 4).render())
+    assert main(["-q", "caption", "--checkpoint", str(out), "--image", str(image), "--max-new-tokens", "4"]) == 0

@@ -27,6 +27,7 @@ from reference_impl.bagel.train import (
     train_step,
 )
 from reference_impl.bagel.vae import PixelUnshuffleVAE
+from reference_impl.bagel.vit_pretrain import PretrainConfig
 
 # The lossless stand-in autoencoder has 48 latent channels.
 CONFIG = get_preset("tiny", latent_channels=48)
@@ -34,11 +35,13 @@ CONFIG = get_preset("tiny", latent_channels=48)
 
 def test_short_run_lowers_ce_and_mse():
     config = TrainConfig(
-        steps=40, lr=2e-3, warmup_steps=5, mix=TaskMix(t2i=4, vlm=4), vae="pixel_unshuffle", progress=False
+        steps=40, lr=2e-3, warmup_steps=5, mix=TaskMix(t2i=4, vlm=4), vae="pixel_unshuffle", progress=False,
+        vit_pretrain=PretrainConfig(steps=5, batch_size=2),
     )
     result = train(config)
     history = result.history
     assert len(history) == 40
+    assert len(result.vit_pretrain.losses) == 5
     first, last = history[:5], history[-5:]
     assert sum(h["ce"] for h in last) < 0.7 * sum(h["ce"] for h in first)
     assert sum(h["mse"] for h in last) < 0.9 * sum(h["mse"] for h in first)
