@@ -1,6 +1,9 @@
-"""Building blocks of the Qwen2.5 decoder layer that BAGEL uses: RMSNorm, RoPE, SwiGLU, GQA."""
+"""Building blocks of the Qwen2.5 decoder layer that BAGEL uses: RMSNorm, RoPE, SwiGLU, GQA,
+and attention over packed sequences of different lengths."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -92,3 +95,74 @@ class MLP(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(hidden_states)) * self.up_proj(hidden_states))
+
+
+# ---- attention over packed sequences of different lengths --------------------------------------
+
+# Samples whose lengths differ by at most this factor share one padded attention call.
+MAX_PADDING_RATIO = 1.25
+
+
+@dataclass(frozen=True)
+class VarlenLayout:
+    """Samples of a packed sequence grouped by similar length, each group padded for one batched call.
+
+    ``groups`` lists (index [b, L] into the packed sequence, valid [b, L], mask) per group, where
+    the boolean mask is [b, 1, L, L] for per-sample masks and [b, 1, 1, L] (valid keys) without.
+    Padding slots gather token 0 and attend to themselves or to valid keys, so their rows stay
+    finite. They are dropped afterwards and get no gradient. ``inverse`` [T] gives, for each
+    packed token, its row in the concatenated outputs of the groups.
+    """
+
+    groups: tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], ...]
+    inverse: torch.Tensor
+
+
+def varlen_layout(
+    seqlens: list[int], masks: list[torch.Tensor] | None = None, device: torch.device | str = "cpu"
+) -> VarlenLayout:
+    """Group samples of lengths ``seqlens`` (optional boolean [L_i, L_i] masks) into padded attention calls.
+
+    Longest first, a sample joins the open group while the group's length is at most
+    MAX_PADDING_RATIO times its own, so padding adds at most about 56% to its attention cost.
+    """
+    lengths = torch.tensor(seqlens)
+    offsets = (torch.cumsum(lengths, 0) - lengths).tolist()
+    order = sorted(range(len(seqlens)), key=lambda i: -seqlens[i])
+    members: list[list[int]] = []
+    for i in order:
+        if members and seqlens[members[-1][0]] <= MAX_PADDING_RATIO * seqlens[i]:
+            members[-1].append(i)
+        else:
+            members.append([i])
+
+    groups, rows = [], []
+    for group in members:
+        width = seqlens[group[0]]
+        slots = torch.arange(width)
+        group_lengths = lengths[group]
+        valid = slots[None, :] < group_lengths[:, None]  # [b, L]
+        index = torch.where(valid, torch.tensor([offsets[i] for i in group])[:, None] + slots[None, :], 0)
+        if masks is None:
+            mask = valid[:, None, None, :]  # [b, 1, 1, L]: every query attends to the valid keys
+        else:
+            mask = torch.zeros(len(group), width, width, dtype=torch.bool)
+            for row, i in enumerate(group):
+                mask[row, : seqlens[i], : seqlens[i]] = masks[i]
+            mask = (mask | (torch.eye(width, dtype=torch.bool) & ~valid[:, :, None]))[:, None]
+        groups.append((index.to(device), valid.to(device), mask.to(device)))
+        rows.append(index[valid])
+    positions = torch.cat(rows)  # packed position of each row of the concatenated outputs
+    inverse = torch.empty_like(positions)
+    inverse[positions] = torch.arange(positions.numel())
+    return VarlenLayout(tuple(groups), inverse.to(device))
+
+
+def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: VarlenLayout) -> torch.Tensor:
+    """Compute scaled dot-product attention within each sample of packed q, k, v [T, n, d], giving [T, n, d]."""
+    outputs = []
+    for index, valid, mask in layout.groups:
+        q_b, k_b, v_b = (x[index].transpose(1, 2) for x in (q, k, v))  # [b, n, L, d]
+        output = F.scaled_dot_product_attention(q_b, k_b, v_b, attn_mask=mask)  # [b, n, L, d]
+        outputs.append(output.transpose(1, 2)[valid])  # [tokens of the group, n, d]
+    return torch.cat(outputs)[layout.inverse]

@@ -18,7 +18,16 @@ from torch import nn
 from torch.nn import functional as F
 
 from .config import LLMConfig
-from .layers import MLP, RMSNorm, RotaryEmbedding, apply_rotary_pos_emb, repeat_kv
+from .layers import (
+    MLP,
+    RMSNorm,
+    RotaryEmbedding,
+    VarlenLayout,
+    apply_rotary_pos_emb,
+    repeat_kv,
+    varlen_attention,
+    varlen_layout,
+)
 
 Rows = slice | torch.Tensor
 
@@ -40,25 +49,9 @@ class BlockAttentionMask:
         return torch.block_diag(*self.masks).bool()
 
     @cached_property
-    def padded(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Lay the samples out as a padded batch [B, L_max] for one batched attention call.
-
-        Returns (index [B, L_max] into the packed sequence, mask [B, 1, L_max, L_max],
-        valid [B, L_max]). Padding slots gather token 0 and see only themselves, so their
-        rows stay finite; they are dropped afterwards and get no gradient.
-        """
-        lengths = torch.tensor(self.sample_lens)
-        max_len = int(lengths.max())
-        offsets = torch.cumsum(lengths, 0) - lengths
-        slots = torch.arange(max_len)
-        valid = slots[None, :] < lengths[:, None]  # [B, L_max]
-        index = torch.where(valid, offsets[:, None] + slots[None, :], 0)
-        mask = torch.zeros(len(self.masks), max_len, max_len, dtype=torch.bool)
-        for i, sample_mask in enumerate(self.masks):
-            length = sample_mask.shape[0]
-            mask[i, :length, :length] = sample_mask
-        mask |= torch.eye(max_len, dtype=torch.bool) & ~valid[:, :, None]
-        return index, mask[:, None], valid
+    def layout(self) -> VarlenLayout:
+        """Grouping of the samples into padded attention calls, built once and shared by all layers."""
+        return varlen_layout(self.sample_lens, self.masks)
 
 
 AttentionMask = torch.Tensor | BlockAttentionMask | None
@@ -118,12 +111,10 @@ def packed_attention(
     v = repeat_kv(v, num_groups)
 
     if isinstance(attention_mask, BlockAttentionMask):
-        # One call over the samples padded to a common length: far fewer small kernels
-        # than a call per sample, at the cost of computing scores for the padding.
-        index, mask, valid = (x.to(q.device) for x in attention_mask.padded)
-        q_b, k_b, v_b = (x[index].transpose(1, 2) for x in (q, k, v))  # [B, n_h, L_max, d]
-        output = F.scaled_dot_product_attention(q_b, k_b, v_b, attn_mask=mask)  # [B, n_h, L_max, d]
-        output = output.transpose(1, 2)[valid]  # [T, n_h, d], samples back in packed order
+        layout = attention_mask.layout
+        if layout.inverse.device != q.device:
+            layout = varlen_layout(attention_mask.sample_lens, attention_mask.masks, q.device)
+        output = varlen_attention(q, k, v, layout)  # [T, n_h, d]
     else:
         output = _sdpa(q, k, v, attention_mask)
     return output.reshape(num_tokens, num_heads * head_dim)  # [T, n_h * d]

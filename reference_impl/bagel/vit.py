@@ -12,10 +12,11 @@ from torch.nn import functional as F
 
 from .config import ViTConfig
 from .flow import PositionTable2D
+from .layers import varlen_attention, varlen_layout
 
 
 class VisionAttention(nn.Module):
-    """Multi-head self-attention with biases, run separately on each packed image."""
+    """Multi-head self-attention with biases, within each packed image."""
 
     def __init__(self, config: ViTConfig):
         super().__init__()
@@ -33,22 +34,10 @@ class VisionAttention(nn.Module):
         k = self.k_proj(hidden_states).view(num_tokens, self.num_heads, self.head_dim)
         v = self.v_proj(hidden_states).view(num_tokens, self.num_heads, self.head_dim)
 
-        # Block-diagonal attention: every image attends only to its own patches. The images
-        # are padded to a common length and masked, so one batched call covers them all.
-        index, valid = _padded_layout(seqlens, hidden_states.device)
-        q_b, k_b, v_b = (x[index].transpose(1, 2) for x in (q, k, v))  # [B, n, N_max, d]
-        output = F.scaled_dot_product_attention(q_b, k_b, v_b, attn_mask=valid[:, None, None, :])
-        attn_output = output.transpose(1, 2)[valid].reshape(num_tokens, hidden)  # [N, n * d]
+        # Block-diagonal attention: every image attends only to its own patches.
+        layout = varlen_layout(seqlens, device=hidden_states.device)
+        attn_output = varlen_attention(q, k, v, layout).reshape(num_tokens, hidden)  # [N, n * d]
         return self.out_proj(attn_output)
-
-
-def _padded_layout(seqlens: list[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return (index [B, N_max] into the packed patches, valid [B, N_max]); padding gathers patch 0."""
-    lengths = torch.tensor(seqlens, device=device)
-    slots = torch.arange(int(lengths.max()), device=device)
-    valid = slots[None, :] < lengths[:, None]
-    offsets = torch.cumsum(lengths, 0) - lengths
-    return torch.where(valid, offsets[:, None] + slots[None, :], 0), valid
 
 
 class VisionMLP(nn.Module):

@@ -15,6 +15,8 @@ from reference_impl.bagel.layers import (
     apply_rotary_pos_emb,
     kv_head_for_query_head,
     repeat_kv,
+    varlen_attention,
+    varlen_layout,
 )
 from reference_impl.bagel.model import Bagel
 from reference_impl.bagel.mot import MoTDecoderLayer, packed_attention
@@ -198,3 +200,49 @@ def test_init_weights_use_initializer_ranges():
     assert abs(model.vit.patch_embedding.weight.std().item() - 0.05) < 0.005
     assert torch.count_nonzero(model.vit.patch_embedding.bias) == 0
     assert torch.count_nonzero(model.llm2vae.weight) == 0
+
+
+def _attention_per_sample(q, k, v, seqlens, masks):
+    outputs = []
+    for i, (q_i, k_i, v_i) in enumerate(zip(q.split(seqlens), k.split(seqlens), v.split(seqlens), strict=True)):
+        mask = None if masks is None else masks[i]
+        scores = torch.einsum("qhd,khd->hqk", q_i, k_i) / math.sqrt(q.shape[-1])
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        outputs.append(torch.einsum("hqk,khd->qhd", scores.softmax(-1), v_i))
+    return torch.cat(outputs)
+
+
+@pytest.mark.parametrize("with_masks", [False, True])
+def test_varlen_attention_equals_per_sample(with_masks):
+    # Lengths far apart and close together, so the layout makes several groups with padding.
+    seqlens = [7, 40, 1, 33, 9, 10, 38, 2]
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(sum(seqlens), 4, 8, requires_grad=True) for _ in range(3))
+    masks = None
+    if with_masks:
+        masks = [torch.rand(n, n) < 0.6 for n in seqlens]
+        for mask in masks:
+            mask.fill_diagonal_(True)  # every query attends to at least one key
+
+    layout = varlen_layout(seqlens, masks)
+    assert 1 < len(layout.groups) < len(seqlens)
+    output = varlen_attention(q, k, v, layout)
+    expected = _attention_per_sample(q, k, v, seqlens, masks)
+    torch.testing.assert_close(output, expected, rtol=1e-5, atol=1e-6)
+
+    weights = torch.randn_like(output)
+    grads = torch.autograd.grad((output * weights).sum(), (q, k, v))
+    expected_grads = torch.autograd.grad((expected * weights).sum(), (q, k, v))
+    for grad, expected_grad in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-5)
+
+
+def test_varlen_layout_pads_at_most_ratio():
+    seqlens = [100, 81, 80, 64, 20, 17, 16]
+    layout = varlen_layout(seqlens)
+    widths = [index.shape[1] for index, _, _ in layout.groups]
+    assert widths == [100, 64, 20]
+    for index, valid, _ in layout.groups:
+        lengths = valid.sum(dim=1)
+        assert (index.shape[1] <= 1.25 * lengths).all()
