@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, default=None, help="peak learning rate after warm-up (default: 1e-3)")
     train.add_argument("--warmup-steps", type=int, default=None, help="steps of linear learning-rate warm-up (default: 50)")
     train.add_argument("--ema-decay", type=float, default=None, help="EMA decay d per step (default: 0.99)")
-    train.add_argument("--t2i", type=int, default=None, help="text-to-image samples per global batch (default: 4)")
+    train.add_argument("--t2i", type=int, default=None, help="text-to-image samples per global batch (default: 8)")
     train.add_argument("--vlm", type=int, default=None, help="captioning samples per global batch (default: 24)")
     train.add_argument("--edit", type=int, default=None, help="edit samples per global batch (default: 0)")
     train.add_argument("--vae", choices=("conv", "pixel_unshuffle"), default=None, help="autoencoder (default: conv, trained first)")

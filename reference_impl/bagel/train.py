@@ -58,9 +58,10 @@ class TrainConfig:
     grad_clip: float = 1.0  # max global gradient L2 norm
     # BAGEL uses 0.9999 over ~1e5 steps; a run of ~1e3 steps needs a horizon of ~1e2 steps.
     ema_decay: float = 0.99
-    # Generated colours are right within a few hundred steps of text-to-image training, while the
-    # ViT's shape features improve with every extra captioned image, so captioning gets most samples.
-    mix: TaskMix = field(default_factory=lambda: TaskMix(t2i=4, vlm=24))
+    # In three demo runs (seeds 0 and 1, one or two threads) this mix gave held-out captions of
+    # 0.97-0.98 and generated colours of 0.98-1.00 with CFG. With 4 text-to-image samples per
+    # step, one run gave colours of 0.94.
+    mix: TaskMix = field(default_factory=lambda: TaskMix(t2i=8, vlm=24))
     dropout: CfgDropout = field(default_factory=CfgDropout)
     vae: str = "conv"  # "conv" (trained here, then frozen) or "pixel_unshuffle" (lossless, untrained)
     vae_steps: int = 300
