@@ -20,6 +20,7 @@ from reference_impl.bagel.train import (
     DistributedContext,
     TrainConfig,
     build_optimizer,
+    default_threads,
     draw_global_batch,
     ema_update,
     shard_bounds,
@@ -201,3 +202,12 @@ def test_task_order_spreads_tasks_evenly():
     assert sampler.task_order() == ["vlm", "t2i", "vlm", "vlm", "vlm", "t2i", "vlm", "vlm"]
     sampler = ShapesTaskSampler(PixelUnshuffleVAE(), TaskMix(t2i=2, vlm=2))
     assert sampler.task_order() == ["t2i", "vlm", "t2i", "vlm"]
+
+
+def test_default_threads_split_among_ranks(monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert default_threads(1) == 2
+    assert default_threads(2) == 1
+    assert default_threads(4) == 1
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0}, raising=False)
+    assert default_threads(1) == 1
