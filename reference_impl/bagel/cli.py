@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -26,11 +28,44 @@ class UsageError(Exception):
 # ---- argument parsing -----------------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+def _bounded_int(minimum: int):
+    """Return an argparse type that accepts integers >= ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text}")
+        return value
+
+    return parse
+
+
+_positive_int = _bounded_int(1)
+_non_negative_int = _bounded_int(0)
+_grid_points = _bounded_int(2)  # an Euler grid needs its two ends
+
+
+def _finite_float(minimum: float, inclusive: bool = True):
+    """Return an argparse type that accepts finite floats >= ``minimum`` (> with ``inclusive=False``)."""
+    bound = f">= {minimum:g}" if inclusive else f"> {minimum:g}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number {bound}, got {text!r}") from None
+        if not math.isfinite(value) or value < minimum or (not inclusive and value == minimum):
+            raise argparse.ArgumentTypeError(f"expected a finite number {bound}, got {text}")
+        return value
+
+    return parse
+
+
+_positive_float = _finite_float(0.0, inclusive=False)
+_non_negative_float = _finite_float(0.0)
 
 
 def _image_size(text: str) -> tuple[int, int]:
@@ -38,6 +73,8 @@ def _image_size(text: str) -> tuple[int, int]:
         height, width = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH in pixels, e.g. 32x32, got {text!r}") from None
+    if height < 1 or width < 1:
+        raise argparse.ArgumentTypeError(f"expected sides of at least 1 pixel, got {text!r}")
     return height, width
 
 
@@ -51,8 +88,8 @@ def _add_checkpoint_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_sampling_options(parser: argparse.ArgumentParser, cfg_text: float, cfg_img: float, renorm: str) -> None:
-    parser.add_argument("--steps", type=_positive_int, default=20, help="Euler grid points; steps-1 model calls per CFG branch (default: 20)")
-    parser.add_argument("--shift", type=float, default=2.0, help="timestep shift s of the sampling grid (default: 2.0)")
+    parser.add_argument("--steps", type=_grid_points, default=20, help="Euler grid points, at least 2; steps-1 model calls per CFG branch (default: 20)")
+    parser.add_argument("--shift", type=_positive_float, default=2.0, help="timestep shift s > 0 of the sampling grid (default: 2.0)")
     parser.add_argument("--cfg-text-scale", type=float, default=cfg_text, help=f"text guidance scale s_T; 1 disables guidance (default: {cfg_text})")
     parser.add_argument("--cfg-img-scale", type=float, default=cfg_img, help=f"image guidance scale s_I (default: {cfg_img})")
     parser.add_argument(
@@ -74,28 +111,28 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--preset", default="tiny", help="model configuration; only 'tiny' trains on a CPU (default: tiny)")
     train.add_argument("--out", required=True, type=Path, help="output directory (created if missing)")
     train.add_argument("--steps", type=_positive_int, default=None, help="optimiser steps (default: 500)")
-    train.add_argument("--lr", type=float, default=None, help="peak learning rate after warm-up (default: 1e-3)")
-    train.add_argument("--warmup-steps", type=int, default=None, help="steps of linear learning-rate warm-up (default: 50)")
+    train.add_argument("--lr", type=_positive_float, default=None, help="peak learning rate after warm-up (default: 1e-3)")
+    train.add_argument("--warmup-steps", type=_non_negative_int, default=None, help="steps of linear learning-rate warm-up (default: 50)")
     train.add_argument("--ema-decay", type=float, default=None, help="EMA decay d per step (default: 0.99)")
-    train.add_argument("--t2i", type=int, default=None, help="text-to-image samples per global batch (default: 8)")
-    train.add_argument("--vlm", type=int, default=None, help="captioning samples per global batch (default: 24)")
-    train.add_argument("--edit", type=int, default=None, help="edit samples per global batch (default: 0)")
+    train.add_argument("--t2i", type=_non_negative_int, default=None, help="text-to-image samples per global batch (default: 8)")
+    train.add_argument("--vlm", type=_non_negative_int, default=None, help="captioning samples per global batch (default: 24)")
+    train.add_argument("--edit", type=_non_negative_int, default=None, help="edit samples per global batch (default: 0)")
     train.add_argument("--vae", choices=("conv", "pixel_unshuffle"), default=None, help="autoencoder (default: conv, trained first)")
     train.add_argument("--vae-steps", type=_positive_int, default=None, help="autoencoder training steps (default: 300)")
-    train.add_argument("--vit-pretrain-steps", type=int, default=None, help="steps of SigLIP-style ViT pretraining before training; 0 trains the ViT from scratch (default: 600)")
+    train.add_argument("--vit-pretrain-steps", type=_non_negative_int, default=None, help="steps of SigLIP-style ViT pretraining before training; 0 trains the ViT from scratch (default: 600)")
     train.add_argument("--seed", type=int, default=None, help="seed of model init, data and noise (default: 0)")
     train.add_argument("--threads", type=_positive_int, default=None, help="intra-op threads per process (default: the available cores, at most 2, divided among torchrun ranks)")
-    train.add_argument("--eval-images-per-class", type=int, default=4, help="generated images per class in the evaluation; 0 skips it (default: 4)")
-    train.add_argument("--eval-captions", type=int, default=100, help="held-out images to caption in the evaluation; 0 skips it (default: 100)")
-    train.add_argument("--eval-steps", type=_positive_int, default=20, help="Euler grid points of the evaluation sampler (default: 20)")
-    train.add_argument("--eval-shift", type=float, default=2.0, help="timestep shift of the evaluation sampler (default: 2.0)")
+    train.add_argument("--eval-images-per-class", type=_non_negative_int, default=4, help="generated images per class in the evaluation; 0 skips it (default: 4)")
+    train.add_argument("--eval-captions", type=_non_negative_int, default=100, help="held-out images to caption in the evaluation; 0 skips it (default: 100)")
+    train.add_argument("--eval-steps", type=_grid_points, default=20, help="Euler grid points of the evaluation sampler, at least 2 (default: 20)")
+    train.add_argument("--eval-shift", type=_positive_float, default=2.0, help="timestep shift of the evaluation sampler (default: 2.0)")
     train.add_argument("--eval-cfg-text-scale", type=float, default=3.0, help="text guidance scale of the guided evaluation (default: 3.0)")
 
     caption = commands.add_parser("caption", help="describe an image")
     _add_checkpoint_options(caption)
     caption.add_argument("--image", required=True, type=Path, help="input image file (PNG, JPEG, ...); sides must be multiples of the ViT patch size")
     caption.add_argument("--max-new-tokens", type=_positive_int, default=32, help="maximum caption length in tokens (bytes) (default: 32)")
-    caption.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 is greedy (default: 0)")
+    caption.add_argument("--temperature", type=_non_negative_float, default=0.0, help="sampling temperature; 0 is greedy (default: 0)")
 
     generate = commands.add_parser("generate", help="generate an image from a text prompt")
     _add_checkpoint_options(generate)
@@ -143,9 +180,41 @@ def _save_image(image, path: Path) -> None:
     Image.fromarray(pixels.numpy()).save(path)
 
 
-def _check_multiple(height: int, width: int, factor: int, what: str) -> None:
+def _check_multiple(height: int, width: int, factor: int, label: str) -> None:
     if height % factor or width % factor:
-        raise UsageError(f"{what} size {height}x{width} is not a multiple of {factor} pixels; resize or crop it")
+        raise UsageError(f"{label} {height}x{width} is not a multiple of {factor} pixels; resize or crop it")
+
+
+def _check_max_side(height: int, width: int, max_side: int, label: str) -> None:
+    if max(height, width) > max_side:
+        raise UsageError(f"{label} {height}x{width} exceeds the model's maximum side of {max_side} pixels; resize it")
+
+
+def _check_latent_size(height: int, width: int, config, label: str) -> None:
+    """Reject image sizes that the VAE branch of ``config`` cannot encode or generate."""
+    _check_multiple(height, width, config.latent_downsample, label)
+    _check_max_side(height, width, config.max_latent_size * config.latent_downsample, label)
+
+
+def _check_output_image(path: Path) -> None:
+    """Reject an output path that saving would fail on, before any sampling work is done."""
+    from PIL import Image
+
+    extensions = Image.registered_extensions()
+    if path.suffix.lower() not in extensions:
+        raise UsageError(f"--out {path} has no image file extension; use .png, .jpg or another format Pillow writes")
+    if path.is_dir():
+        raise UsageError(f"--out {path} is a directory; give a file name such as {path / 'out.png'}")
+    _check_output_parent(path.parent, "--out")
+
+
+def _check_output_parent(directory: Path, option: str) -> None:
+    """Raise UsageError if ``directory`` cannot be created because one of its parents is a file."""
+    for parent in (directory, *directory.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"{option}: cannot create a folder under {parent}, which is a file")
+            return
 
 
 def _load(args):
@@ -191,7 +260,9 @@ def cmd_caption(args) -> int:
 
     image = _load_image(args.image)
     loaded = _load(args)
-    _check_multiple(image.shape[1], image.shape[2], loaded.config.vit.patch_size, "image")
+    vit = loaded.config.vit
+    _check_multiple(image.shape[1], image.shape[2], vit.patch_size, "image size")
+    _check_max_side(image.shape[1], image.shape[2], vit.patch_size * vit.max_patches_per_side, "image size")
     import torch
 
     generator = torch.Generator().manual_seed(args.seed)
@@ -216,15 +287,11 @@ def cmd_generate(args) -> int:
     from .inference import generate_image
     from .tokenizer import ByteTokenizer
 
-    if args.steps < 2:
-        raise UsageError(f"--steps {args.steps} is too small; the Euler grid needs at least 2 points")
+    _check_output_image(args.out)
     loaded = _load(args)
     height, width = args.size
-    _check_multiple(height, width, loaded.config.latent_downsample, "--size")
+    _check_latent_size(height, width, loaded.config, "--size")
     latent_hw = (height // loaded.vae.downsample, width // loaded.vae.downsample)
-    max_side = loaded.config.max_latent_size * loaded.config.latent_downsample
-    if max(height, width) > max_side:
-        raise UsageError(f"--size {height}x{width} exceeds the model's maximum side of {max_side} pixels")
     generator = torch.Generator().manual_seed(args.seed)
     latent = generate_image(loaded.model, ByteTokenizer(), args.prompt, latent_hw, generator=generator, **_sampling_kwargs(args))
     _save_image(loaded.vae.decode(latent[None])[0], args.out)
@@ -238,11 +305,13 @@ def cmd_edit(args) -> int:
     from .inference import edit_image
     from .tokenizer import ByteTokenizer
 
-    if args.steps < 2:
-        raise UsageError(f"--steps {args.steps} is too small; the Euler grid needs at least 2 points")
+    _check_output_image(args.out)
     image = _load_image(args.image)
     loaded = _load(args)
-    _check_multiple(image.shape[1], image.shape[2], loaded.config.latent_downsample, "image")
+    _check_latent_size(image.shape[1], image.shape[2], loaded.config, "image size")
+    vit = loaded.config.vit
+    _check_multiple(image.shape[1], image.shape[2], vit.patch_size, "image size")
+    _check_max_side(image.shape[1], image.shape[2], vit.patch_size * vit.max_patches_per_side, "image size")
     with torch.no_grad():
         source_latent = loaded.vae.encode(image[None])[0]
     generator = torch.Generator().manual_seed(args.seed)
@@ -291,7 +360,20 @@ def cmd_train(args) -> int:
         raise UsageError(f"preset {args.preset!r} is too large to train here; use --preset tiny (see `info --preset {args.preset}`)")
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out {args.out} exists and is not a directory")
+    _check_output_parent(args.out, "--out")
     config = _train_config(args)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if config.mix.total < world_size:
+        raise UsageError(
+            f"a global batch of {config.mix.total} samples cannot give each of {world_size} ranks one; "
+            f"raise --t2i, --vlm or --edit to at least {world_size} in total"
+        )
+    if config.ema_decay**config.steps > 0.05:
+        logger.warning(
+            "after %d steps at --ema-decay %g the EMA weights are still %.0f%% the initial weights, and the "
+            "evaluation uses them; lower --ema-decay for short runs",
+            config.steps, config.ema_decay, 100 * config.ema_decay**config.steps,
+        )
 
     started = time.perf_counter()
     result = train(config)

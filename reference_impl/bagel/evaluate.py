@@ -34,7 +34,7 @@ def _chunks(items: list, size: int = EVAL_BATCH_SIZE) -> list[list]:
 
 
 def caption_images(model: Bagel, tokenizer: ByteTokenizer, images: list[torch.Tensor], progress: bool = False) -> list[str]:
-    """Greedy captions of ``images`` [3, H, W], in batches of equal image size."""
+    """Caption ``images`` [3, H, W] greedily, in batches of equal image size."""
     by_size: dict[tuple[int, ...], list[int]] = {}
     for index, image in enumerate(images):
         by_size.setdefault(tuple(image.shape), []).append(index)
@@ -113,17 +113,23 @@ def evaluate(
     per_class: int = 4,
     progress: bool = False,
 ) -> tuple[dict, dict[str, list[torch.Tensor]]]:
-    """Compute the demo metrics; returns (metrics, generated images keyed "cfg" and "no_cfg")."""
+    """Compute the demo metrics; returns (metrics, generated images keyed "cfg" and "no_cfg").
+
+    ``num_caption_images`` 0 skips the caption metric and ``per_class`` 0 the generation metrics.
+    """
     settings = settings or SamplingSettings()
     tokenizer = ByteTokenizer()
     metrics: dict = {}
 
-    accuracy, pairs = caption_accuracy(model, tokenizer, num_caption_images, progress=progress)
-    metrics["caption_exact_match"] = accuracy
-    metrics["caption_examples"] = [{"reference": r, "prediction": p} for r, p in pairs[:8]]
-    logger.info("caption exact match on %d held-out images: %.3f", num_caption_images, accuracy)
+    if num_caption_images > 0:
+        accuracy, pairs = caption_accuracy(model, tokenizer, num_caption_images, progress=progress)
+        metrics["caption_exact_match"] = accuracy
+        metrics["caption_examples"] = [{"reference": r, "prediction": p} for r, p in pairs[:8]]
+        logger.info("caption exact match on %d held-out images: %.3f", num_caption_images, accuracy)
 
     images: dict[str, list[torch.Tensor]] = {}
+    if per_class == 0:
+        return metrics, images
     no_cfg = SamplingSettings(**{**asdict(settings), "cfg_text_scale": 1.0})
     for name, run_settings in (("cfg", settings), ("no_cfg", no_cfg)):
         generated, expected = generate_class_images(model, vae, tokenizer, run_settings, per_class, progress=progress)
@@ -160,7 +166,7 @@ def save_sample_grid(images: list[torch.Tensor], path: str | Path, per_class: in
             ax.set_ylabel(caption_for(color, shape), fontsize=7, rotation=0, ha="right", va="center")
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.97) if title else None)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
@@ -183,8 +189,9 @@ def save_loss_curves(history: list[dict[str, float]], path: str | Path, pretrain
         steps = list(range(1, len(values) + 1))
         ax.plot(steps, values, linewidth=0.6, alpha=0.5, label="per step")
         window = max(1, len(steps) // 50)
-        smoothed = torch.tensor(values).unfold(0, window, 1).mean(dim=1)
-        ax.plot(steps[window - 1 :], smoothed.tolist(), linewidth=1.2, label=f"mean of {window}")
+        if window > 1:
+            smoothed = torch.tensor(values).unfold(0, window, 1).mean(dim=1)
+            ax.plot(steps[window - 1 :], smoothed.tolist(), linewidth=1.2, label=f"mean of {window}")
         ax.set_xlabel("step")
         ax.set_ylabel(label)
         ax.set_yscale("log")

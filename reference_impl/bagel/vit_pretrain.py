@@ -53,8 +53,9 @@ class PretrainConfig:
     steps: int = 600
     batch_size: int = 16  # images per image size per step, so 48 pairs per step
     lr: float = 2e-3
-    # Linear warm-up, then linear decay to 0 at the last step. The decay matters: in runs of
-    # 600 steps, held-out zero-shot accuracy was 0.84-0.91 at a constant rate and 0.98 with it.
+    # Linear warm-up over warmup_steps (or a fifth of a shorter run), then linear decay to
+    # lr / steps at the last step. The decay matters: in runs of 600 steps, held-out zero-shot
+    # accuracy was 0.84-0.91 at a constant rate and 0.98 with it.
     warmup_steps: int = 50
     grad_clip: float = 1.0
 
@@ -63,8 +64,8 @@ class PretrainConfig:
             raise ValueError(f"ViT pretraining steps must be >= 0, got {self.steps}")
         if self.batch_size < 1:
             raise ValueError(f"ViT pretraining batch_size must be >= 1, got {self.batch_size}")
-        if self.lr <= 0:
-            raise ValueError(f"ViT pretraining lr must be positive, got {self.lr}")
+        if not math.isfinite(self.lr) or self.lr <= 0:
+            raise ValueError(f"ViT pretraining lr must be a positive finite number, got {self.lr}")
         if self.warmup_steps < 0:
             raise ValueError(f"ViT pretraining warmup_steps must be >= 0, got {self.warmup_steps}")
 
@@ -155,7 +156,7 @@ def pretrain_vision_encoder(
     torch.manual_seed(seed)
     towers = ContrastiveTowers(vit_config)
     optimizer = torch.optim.AdamW(towers.parameters(), lr=config.lr, betas=(0.9, 0.95), weight_decay=0.0)
-    warmup = max(config.warmup_steps, 1)
+    warmup = max(1, min(config.warmup_steps, config.steps // 5))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min(1.0, (step + 1) / warmup) * (1.0 - step / max(config.steps, 1))
     )

@@ -66,12 +66,67 @@ def test_unknown_option_exits_2(capsys):
     [
         (["info", "--preset", "huge"], "unknown preset 'huge'"),
         (["train", "--preset", "bagel-7b-mot", "--out", "unused"], "too large to train"),
-        (["train", "--out", "unused", "--vit-pretrain-steps", "-1"], "ViT pretraining steps must be >= 0, got -1"),
     ],
 )
 def test_bad_values_exit_2(capsys, argv, message):
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "--out", "unused", "--vit-pretrain-steps", "-1"], "argument --vit-pretrain-steps: expected an integer >= 0, got -1"),
+        (["train", "--out", "unused", "--steps", "abc"], "argument --steps: expected an integer >= 1, got 'abc'"),
+        (["train", "--out", "unused", "--t2i", "-2"], "argument --t2i: expected an integer >= 0, got -2"),
+        (["train", "--out", "unused", "--eval-captions", "-1"], "argument --eval-captions: expected an integer >= 0, got -1"),
+        (["train", "--out", "unused", "--eval-steps", "1"], "argument --eval-steps: expected an integer >= 2, got 1"),
+        (["train", "--out", "unused", "--lr", "nan"], "argument --lr: expected a finite number > 0, got nan"),
+        (["train", "--out", "unused", "--lr", "0"], "argument --lr: expected a finite number > 0, got 0"),
+        (["generate", "--checkpoint", "c", "--prompt", "p", "--out", "o.png", "--size", "0x0"], "expected sides of at least 1 pixel"),
+        (["generate", "--checkpoint", "c", "--prompt", "p", "--out", "o.png", "--shift", "0"], "argument --shift: expected a finite number > 0"),
+        (["caption", "--checkpoint", "c", "--image", "i.png", "--temperature", "-1"], "argument --temperature: expected a finite number >= 0"),
+    ],
+)
+def test_bad_option_values_exit_2(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_train_output_under_a_file_exits_2(tmp_path, capsys):
+    blocker = tmp_path / "afile"
+    blocker.write_text("")
+    assert main(["train", "--out", str(blocker / "sub")]) == 2
+    assert f"cannot create a folder under {blocker}, which is a file" in capsys.readouterr().err
+
+
+def test_train_batch_smaller_than_ranks_exits_2(monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["train", "--out", "unused", "--t2i", "1", "--vlm", "0"]) == 2
+    assert "a global batch of 1 samples cannot give each of 2 ranks one" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("out_name", "message"),
+    [("g.txt", "has no image file extension"), ("afile/g.png", "which is a file")],
+)
+def test_generate_bad_output_exits_2(tmp_path, checkpoint, capsys, out_name, message):
+    (tmp_path / "afile").write_text("")
+    argv = ["generate", "--checkpoint", str(checkpoint), "--prompt", "a red circle", "--out", str(tmp_path / out_name)]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["caption", "edit"])
+def test_image_too_large_exits_2(tmp_path, checkpoint, capsys, command):
+    image = _save_png(tmp_path / "big.png", torch.zeros(3, 64, 64))
+    argv = [command, "--checkpoint", str(checkpoint), "--image", str(image)]
+    if command == "edit":
+        argv += ["--instruction", "make it red", "--out", str(tmp_path / "edited.png")]
+    assert main(argv) == 2
+    assert "image size 64x64 exceeds the model's maximum side of 32 pixels" in capsys.readouterr().err
 
 
 def test_image_of_wrong_size_exits_2(tmp_path, checkpoint, capsys):

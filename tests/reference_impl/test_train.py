@@ -43,6 +43,9 @@ def test_short_run_lowers_ce_and_mse():
     history = result.history
     assert len(history) == 40
     assert len(result.vit_pretrain.losses) == 5
+    # Each step records the learning rate it ran at: lr / 5 at the first warm-up step.
+    assert history[0]["lr"] == pytest.approx(2e-3 / 5)
+    assert history[4]["lr"] == pytest.approx(2e-3)
     first, last = history[:5], history[-5:]
     assert sum(h["ce"] for h in last) < 0.7 * sum(h["ce"] for h in first)
     assert sum(h["mse"] for h in last) < 0.9 * sum(h["mse"] for h in first)

@@ -105,7 +105,12 @@ def test_prepare_vision_encoder_skips_zero_steps():
 
 @pytest.mark.parametrize(
     ("field", "value", "message"),
-    [("steps", -1, "steps must be >= 0"), ("batch_size", 0, "batch_size must be >= 1"), ("lr", 0.0, "lr must be positive")],
+    [
+        ("steps", -1, "steps must be >= 0"),
+        ("batch_size", 0, "batch_size must be >= 1"),
+        ("lr", 0.0, "lr must be a positive finite number"),
+        ("lr", float("nan"), "lr must be a positive finite number"),
+    ],
 )
 def test_pretrain_config_rejects_bad_values(field, value, message):
     with pytest.raises(ValueError, match=message):
