@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train on synthetic shapes and write checkpoint, metrics and figures")
     train.add_argument("--preset", default="tiny", help="model configuration; only 'tiny' trains on a CPU (default: tiny)")
     train.add_argument("--out", required=True, type=Path, help="output directory (created if missing)")
-    train.add_argument("--steps", type=_positive_int, default=None, help="optimiser steps (default: 500)")
+    train.add_argument("--steps", type=_positive_int, default=None, help="optimiser steps (default: 400)")
     train.add_argument("--lr", type=_positive_float, default=None, help="peak learning rate after warm-up (default: 1e-3)")
     train.add_argument("--warmup-steps", type=_non_negative_int, default=None, help="steps of linear learning-rate warm-up (default: 50)")
     train.add_argument("--ema-decay", type=float, default=None, help="EMA decay d per step (default: 0.99)")

@@ -47,7 +47,9 @@ class TrainConfig:
     """Settings of one training run; defaults are the tiny CPU run on synthetic shapes."""
 
     preset: str = "tiny"
-    steps: int = 500
+    # The whole demo then takes about 200 s on 2 idle cores. One run at 500 steps took 232 s
+    # on an idle machine and 306 s on the same machine during a slow spell, too close to 5 minutes.
+    steps: int = 400
     lr: float = 1e-3
     warmup_steps: int = 50  # linear warm-up from lr/warmup_steps to lr, then constant
     betas: tuple[float, float] = (0.9, 0.95)
@@ -58,9 +60,9 @@ class TrainConfig:
     grad_clip: float = 1.0  # max global gradient L2 norm
     # BAGEL uses 0.9999 over ~1e5 steps; a run of ~1e3 steps needs a horizon of ~1e2 steps.
     ema_decay: float = 0.99
-    # In three demo runs (seeds 0 and 1, one or two threads) this mix gave held-out captions of
-    # 0.97-0.98 and generated colours of 0.98-1.00 with CFG. With 4 text-to-image samples per
-    # step, one run gave colours of 0.94.
+    # In four demo runs of 500 steps (seeds 0 and 1, one or two threads) this mix gave held-out
+    # captions of 0.96-0.98 and generated colours of 0.98-1.00 with CFG, and 0.95 and 1.00 at
+    # 400 steps. With 4 text-to-image samples per step, one run gave colours of 0.94.
     mix: TaskMix = field(default_factory=lambda: TaskMix(t2i=8, vlm=24))
     dropout: CfgDropout = field(default_factory=CfgDropout)
     vae: str = "conv"  # "conv" (trained here, then frozen) or "pixel_unshuffle" (lossless, untrained)
@@ -69,7 +71,7 @@ class TrainConfig:
     # BAGEL starts from a pretrained SigLIP encoder. From scratch, the tiny encoder learned to
     # tell circles from squares slowly: held-out captions reached 0.64 after 500 steps (4
     # text-to-image and 24 captioning samples per step). After 600 pretraining steps (about
-    # 40 s on 2 cores), 500-step runs reached 0.95-0.98 with 4 or 8 text-to-image samples.
+    # 40 s on 2 cores), runs of 400-500 steps reached 0.95-0.98. 400 pretraining steps gave 0.87.
     vit_pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     seed: int = 0
     # Intra-op threads per process. None takes the available cores, at most 2, shared among
