@@ -351,7 +351,7 @@ def cmd_train(args) -> int:
 
     from .checkpoint import save_checkpoint
     from .config import PRESETS
-    from .evaluate import SamplingSettings, evaluate, save_loss_curves, save_sample_grid
+    from .evaluate import evaluate, evaluation_settings, save_loss_curves, save_sample_grid
     from .train import train
 
     if args.preset not in PRESETS:
@@ -370,7 +370,7 @@ def cmd_train(args) -> int:
         )
     if config.ema_decay**config.steps > 0.05:
         logger.warning(
-            "after %d steps at --ema-decay %g the EMA weights are still %.0f%% the initial weights, and the "
+            "after %d steps at --ema-decay %g the EMA weights still contain %.0f%% of the initial weights, and the "
             "evaluation uses them; lower --ema-decay for short runs",
             config.steps, config.ema_decay, 100 * config.ema_decay**config.steps,
         )
@@ -410,7 +410,7 @@ def cmd_train(args) -> int:
     metrics = {"train": summary, "weights": "ema"}
     if args.eval_captions or args.eval_images_per_class:
         eval_start = time.perf_counter()
-        settings = SamplingSettings(steps=args.eval_steps, shift=args.eval_shift, cfg_text_scale=args.eval_cfg_text_scale)
+        settings = evaluation_settings(args.eval_steps, args.eval_shift, args.eval_cfg_text_scale)
         scores, images = evaluate(
             result.ema, result.vae, settings, args.eval_captions, args.eval_images_per_class, progress=not args.quiet
         )
@@ -420,7 +420,7 @@ def cmd_train(args) -> int:
             if generated:
                 title = f"{name}: s_T={settings.cfg_text_scale if name == 'cfg' else 1.0:g}, {settings.steps} steps, shift {settings.shift:g}"
                 save_sample_grid(generated, out / f"samples_{name}.png", args.eval_images_per_class, title)
-    # Autoencoder and ViT pretraining, training, evaluation and writing the outputs.
+    # The wall time covers autoencoder and ViT pretraining, training, evaluation and writing the outputs.
     metrics["wall_seconds"] = round(time.perf_counter() - started, 1)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     _print_summary(metrics, out)

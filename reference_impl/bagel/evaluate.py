@@ -9,14 +9,14 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from .data import CLASSES, IMAGE_SIZES, caption_for, heldout_specs
-from .inference import captions, generate_images
+from .inference import SamplerSettings, captions, generate_images
 from .metrics import caption_exact_match, classify_image, generation_accuracy
 from .model import Bagel
 from .tokenizer import ByteTokenizer
@@ -46,18 +46,12 @@ def caption_images(model: Bagel, tokenizer: ByteTokenizer, images: list[torch.Te
     return predictions
 
 
-@dataclass
-class SamplingSettings:
-    """Euler sampling settings of the evaluation; ``cfg_text_scale`` 1 disables guidance."""
-
-    steps: int = 20
-    shift: float = 2.0
-    cfg_text_scale: float = 3.0
+def evaluation_settings(steps: int = 20, shift: float = 2.0, cfg_text_scale: float = 3.0) -> SamplerSettings:
+    """Return the sampler settings of the evaluation; ``cfg_text_scale`` 1 disables guidance."""
     # Plain text-to-image has no image condition, so s_I = 1 keeps the text scale as set.
-    cfg_img_scale: float = 1.0
-    cfg_interval: tuple[float, float] = (0.0, 1.0)
-    cfg_renorm_type: str = "global"
-    cfg_renorm_min: float = 0.0
+    return SamplerSettings(
+        steps=steps, shift=shift, cfg_text_scale=cfg_text_scale, cfg_img_scale=1.0, cfg_interval=(0.0, 1.0)
+    )
 
 
 def caption_accuracy(
@@ -75,7 +69,7 @@ def generate_class_images(
     model: Bagel,
     vae: LatentAutoencoder,
     tokenizer: ByteTokenizer,
-    settings: SamplingSettings,
+    settings: SamplerSettings,
     per_class: int = 4,
     seed: int = 0,
     image_size: tuple[int, int] = IMAGE_SIZES[0],
@@ -92,13 +86,7 @@ def generate_class_images(
             tokenizer,
             [caption_for(color, shape) for color, shape in batch],
             latent_hw,
-            steps=settings.steps,
-            shift=settings.shift,
-            cfg_text_scale=settings.cfg_text_scale,
-            cfg_img_scale=settings.cfg_img_scale,
-            cfg_interval=settings.cfg_interval,
-            cfg_renorm_type=settings.cfg_renorm_type,
-            cfg_renorm_min=settings.cfg_renorm_min,
+            **asdict(settings),
             generator=generator,
         )
         images.extend(vae.decode(latents.float()).clamp(-1, 1))
@@ -108,7 +96,7 @@ def generate_class_images(
 def evaluate(
     model: Bagel,
     vae: LatentAutoencoder,
-    settings: SamplingSettings | None = None,
+    settings: SamplerSettings | None = None,
     num_caption_images: int = 100,
     per_class: int = 4,
     progress: bool = False,
@@ -117,7 +105,7 @@ def evaluate(
 
     ``num_caption_images`` 0 skips the caption metric and ``per_class`` 0 the generation metrics.
     """
-    settings = settings or SamplingSettings()
+    settings = settings or evaluation_settings()
     tokenizer = ByteTokenizer()
     metrics: dict = {}
 
@@ -130,7 +118,7 @@ def evaluate(
     images: dict[str, list[torch.Tensor]] = {}
     if per_class == 0:
         return metrics, images
-    no_cfg = SamplingSettings(**{**asdict(settings), "cfg_text_scale": 1.0})
+    no_cfg = replace(settings, cfg_text_scale=1.0)
     for name, run_settings in (("cfg", settings), ("no_cfg", no_cfg)):
         generated, expected = generate_class_images(model, vae, tokenizer, run_settings, per_class, progress=progress)
         scores = generation_accuracy(generated, expected)

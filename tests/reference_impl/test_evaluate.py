@@ -7,7 +7,7 @@ import torch
 
 from reference_impl.bagel.config import get_preset
 from reference_impl.bagel.data import ShapeSpec
-from reference_impl.bagel.evaluate import SamplingSettings, caption_images, evaluate
+from reference_impl.bagel.evaluate import caption_images, evaluate, evaluation_settings
 from reference_impl.bagel.inference import caption
 from reference_impl.bagel.model import Bagel
 from reference_impl.bagel.tokenizer import ByteTokenizer
@@ -34,7 +34,7 @@ def test_caption_images_equal_single_captions(model):
 
 
 def test_evaluate_skips_captions(model):
-    settings = SamplingSettings(steps=2)
+    settings = evaluation_settings(steps=2)
     metrics, images = evaluate(model, PixelUnshuffleVAE(), settings, num_caption_images=0, per_class=1)
     assert "caption_exact_match" not in metrics
     assert len(images["cfg"]) == 12
